@@ -83,4 +83,8 @@ async def retry_call(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(fn)
+
+    async def attempt() -> T:
+        return await fn()
+
+    return await retrying(attempt)
