@@ -439,6 +439,11 @@ class AsyncTokenManager(httpx.Auth):
         """The stored token, if it is fresh and not the one being replaced."""
         if state is None or state.token in (stale, self._refused):
             return None
+        current = self._token
+        if current is not None and current.value == state.token:
+            # Our own token, already due: its monotonic deadlines stand, whatever the
+            # wall clock now says about it.
+            return None
         token = Token.from_state(
             state, refresh_margin=self._refresh_margin, monotonic_now=self._clock(), rng=self._rng
         )
