@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import random
 import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from multiprocessing.connection import Connection
+from typing import Any, TextIO
 
 import anyio
 import httpx
@@ -33,9 +35,9 @@ _TASKS_PER_CLIENT = 100
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``demo`` subcommand's options."""
     parser.add_argument("--tasks", type=int, default=1000, help="concurrent bot tasks (1000)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds to run (20)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds to run (30)")
     parser.add_argument(
-        "--token-lifetime", type=float, default=5.0, help="token lifetime on the emulator (5 s)"
+        "--token-lifetime", type=float, default=10.0, help="token lifetime on the emulator (10 s)"
     )
     parser.add_argument(
         "--fault-rate",
@@ -66,13 +68,14 @@ class DemoReport:
     unauthorized: int = 0
     errors: int = 0
     token_latencies: list[float] = field(default_factory=list, repr=False)
+    request_latencies: list[float] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.unauthorized == 0 and self.errors == 0 and self.bot_requests > 0
 
-    def percentile(self, share: float) -> float:
-        data = sorted(self.token_latencies)
+    def percentile(self, share: float, *, requests: bool = False) -> float:
+        data = sorted(self.request_latencies if requests else self.token_latencies)
         if not data:
             return math.nan
         index = min(len(data) - 1, max(0, math.ceil(share * len(data)) - 1))
@@ -94,6 +97,8 @@ class DemoReport:
             ("get_token() p50", f"{self.percentile(0.50) * 1e6:,.1f} us"),
             ("get_token() p99", f"{self.percentile(0.99) * 1e6:,.1f} us"),
             ("get_token() max", f"{self.percentile(1.0) * 1e3:,.2f} ms"),
+            ("bot request p50", f"{self.percentile(0.50, requests=True) * 1e3:,.1f} ms"),
+            ("bot request p99", f"{self.percentile(0.99, requests=True) * 1e3:,.1f} ms"),
         ]
         width = max(len(name) for name, _ in rows)
         lines = ["", "indigo-auth demo report", "=" * (width + 20)]
@@ -106,30 +111,30 @@ class DemoReport:
 async def run_demo_async(
     *,
     tasks: int = 1000,
-    duration: float = 20.0,
-    token_lifetime: float = 5.0,
+    duration: float = 30.0,
+    token_lifetime: float = 10.0,
     fault_rate: float = 0.2,
     seed: int | None = None,
     progress: TextIO | None = None,
 ) -> DemoReport:
-    """Run the demo in the current event loop and return its report."""
-    from .testing import Fault, IndigoEmulator
+    """Run the demo in the current event loop and return its report.
 
+    The emulator runs in a process of its own, as a remote API would, so that the
+    bots and the server do not compete for one interpreter lock.
+    """
     rng = random.Random(seed)  # noqa: S311 - pacing and faults, not cryptography
     password = secrets.token_urlsafe(16)
-    emulator = IndigoEmulator({_EMAIL: password}, token_lifetime=token_lifetime, rate_limit=None)
-    if fault_rate > 0:
-        fault_seed = rng.randrange(2**32)
-        for endpoint in ("signin", "refresh_token"):
-            emulator.inject(
-                endpoint,
-                Fault.status(503, retry_after=0.1),
-                probability=fault_rate,
-                seed=fault_seed,
-            )
+    settings = _ServerSettings(
+        email=_EMAIL,
+        password=password,
+        token_lifetime=token_lifetime,
+        fault_rate=fault_rate,
+        seed=rng.randrange(2**32),
+    )
     report = DemoReport(tasks=tasks, duration=duration, token_lifetime=token_lifetime)
-    margin = token_lifetime / 3
-    async with emulator.serve() as base_url:
+    margin = token_lifetime / 2
+    with _EmulatorProcess(settings) as server:
+        base_url = server.base_url
         manager = AsyncTokenManager(
             _EMAIL,
             password,
@@ -153,22 +158,24 @@ async def run_demo_async(
         async def bot(index: int) -> None:
             client = clients[index % len(clients)]
             pace = random.Random(rng.randrange(2**32))  # noqa: S311 - pacing
-            await anyio.sleep(pace.uniform(0, 1.0))
+            await anyio.sleep(pace.uniform(0, 6.0))
             while time.monotonic() < deadline:
                 before = time.perf_counter()
                 await manager.get_token()
                 report.token_latencies.append(time.perf_counter() - before)
+                before = time.perf_counter()
                 try:
                     response = await client.get("/workspace/folders")
                 except httpx.HTTPError:
                     report.errors += 1
                 else:
+                    report.request_latencies.append(time.perf_counter() - before)
                     report.bot_requests += 1
                     if response.status_code == 401:
                         report.unauthorized += 1
                     elif response.status_code >= 400:
                         report.errors += 1
-                await anyio.sleep(pace.uniform(0.5, 1.5))
+                await anyio.sleep(pace.uniform(4.0, 8.0))
 
         async def show_progress() -> None:
             while True:
@@ -196,14 +203,86 @@ async def run_demo_async(
                 await client.aclose()
         if progress is not None:
             progress.write("\n")
-        stats = manager.stats
-        counters = emulator.counters
-        report.requests_served = sum(counters.requests.values())
-        report.sign_ins = counters.sign_ins
-        report.refreshes = counters.refreshes
-        report.faults = counters.faults
-        report.retries = stats.retries
+        counters = server.stop()
+    report.requests_served = sum(counters["requests"].values())
+    report.sign_ins = counters["sign_ins"]
+    report.refreshes = counters["refreshes"]
+    report.faults = counters["faults"]
+    report.retries = manager.stats.retries
     return report
+
+
+@dataclass(frozen=True)
+class _ServerSettings:
+    email: str
+    password: str = field(repr=False)
+    token_lifetime: float
+    fault_rate: float
+    seed: int
+
+
+def _serve(settings: _ServerSettings, conn: Connection) -> None:
+    """The emulator process: serve until told to stop, then report the counters."""
+    from .testing import Fault, IndigoEmulator
+
+    emulator = IndigoEmulator(
+        {settings.email: settings.password},
+        token_lifetime=settings.token_lifetime,
+        rate_limit=None,
+    )
+    if settings.fault_rate > 0:
+        for endpoint in ("signin", "refresh_token"):
+            emulator.inject(
+                endpoint,
+                Fault.status(503, retry_after=0.1),
+                probability=settings.fault_rate,
+                seed=settings.seed,
+            )
+    with emulator.serve_in_thread() as base_url:
+        conn.send(base_url)
+        conn.poll(3600)
+    counters = emulator.counters
+    conn.send(
+        {
+            "requests": dict(counters.requests),
+            "sign_ins": counters.sign_ins,
+            "refreshes": counters.refreshes,
+            "faults": counters.faults,
+        }
+    )
+    conn.close()
+
+
+class _EmulatorProcess:
+    def __init__(self, settings: _ServerSettings) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve, args=(settings, child), name="indigo-auth emulator", daemon=True
+        )
+        self.base_url = ""
+
+    def __enter__(self) -> _EmulatorProcess:
+        self._process.start()
+        if not self._conn.poll(60):
+            self._process.kill()
+            raise RuntimeError("the emulator process did not start")
+        self.base_url = self._conn.recv()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        self._conn.send("stop")
+        if not self._conn.poll(30):
+            raise RuntimeError("the emulator process did not report")
+        counters: dict[str, Any] = self._conn.recv()
+        return counters
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
 
 
 def run_demo(args: argparse.Namespace) -> int:
