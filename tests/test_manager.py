@@ -624,3 +624,25 @@ async def test_aclose_closes_the_owned_client() -> None:
     client = manager._http()
     await manager.aclose()
     assert client.is_closed
+
+
+async def test_refused_credentials_do_not_hide_a_still_valid_token(
+    emu: IndigoEmulator, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    emu.token_lifetime = 100.0
+    manager = make(client, refresh_margin=20.0, clock=clock)
+    first = await manager.get_token()
+    emu.revoke_all(EMAIL)  # the refresh token dies
+    emu.inject("signin", Fault.status(401))  # and the password no longer works
+    clock.advance(85.0)
+    assert await manager.get_token() == first
+    with anyio.fail_after(5):
+        while manager.stats.failures == 0:
+            await anyio.sleep(0.01)
+    for _ in range(20):
+        assert await manager.get_token() == first
+    assert emu.counters.requests["signin"] == 2  # the first sign-in and one refused
+    clock.advance(10.0)
+    with pytest.raises(InvalidCredentialsError):
+        await manager.get_token()
+    assert emu.counters.requests["signin"] == 2  # the cooldown holds

@@ -325,9 +325,6 @@ class AsyncTokenManager(httpx.Auth):
 
     async def _get_token_slow(self, force_refresh: bool) -> str:
         now = self._clock()
-        failure = self._failure
-        if failure is not None and now < failure[1]:
-            raise _fresh(failure[0])
         token = self._token
         if not force_refresh and token is not None:
             if now < token.refresh_at:
@@ -337,6 +334,9 @@ class AsyncTokenManager(httpx.Auth):
                 if now >= self._retry_at:
                     self._start_flight(stale=None)
                 return token.value
+        failure = self._failure
+        if failure is not None and now < failure[1]:
+            raise _fresh(failure[0])
         stale = token.value if (force_refresh and token is not None) else None
         flight = self._start_flight(stale=stale)
         self._counters.waiters += 1
