@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests._support.redis_server"]
+
 
 @pytest.fixture(
     params=[

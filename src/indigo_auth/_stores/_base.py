@@ -28,15 +28,23 @@ class TokenStore(Protocol):
     """Keeps token state for keys, and a lock around check → renew → write.
 
     A manager renews like this, so that of all managers sharing a store exactly one
-    renews and the others find its token::
+    renews and the others, once they have the lock, find its token::
 
         async with store.lock(key):
             state = await store.load(key)
             if state is None or it is stale:
-                state = <renew>
+                state = <refresh with state.refresh_token>
+                # refused? a sibling may have rotated the refresh token:
+                # load again and take its token, else sign in
                 await store.save(key, state)
 
-    Implement these five methods to keep tokens in another backend.
+    Keys come from :func:`store_key` (base URL, email, workspace), never from the
+    password. Implement these five methods to keep tokens in another backend;
+    :class:`MemoryStore` (one process), :class:`FileStore` (one machine) and
+    :class:`RedisStore` (a fleet) are the ones that ship. The lock must exclude
+    every holder that shares the backend, tasks of one process included, must be
+    released when its holder is cancelled, and must not block the event loop while
+    it waits.
     """
 
     async def load(self, key: str) -> TokenState | None:
