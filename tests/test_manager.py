@@ -646,3 +646,14 @@ async def test_refused_credentials_do_not_hide_a_still_valid_token(
     with pytest.raises(InvalidCredentialsError):
         await manager.get_token()
     assert emu.counters.requests["signin"] == 2  # the cooldown holds
+
+
+async def test_force_refresh_on_a_new_manager_replaces_the_stored_token(
+    emu: IndigoEmulator, client: httpx.AsyncClient
+) -> None:
+    store = MemoryStore()
+    first = await make(client, store=store).get_token()
+    forced = await make(client, store=store).get_token(force_refresh=True)
+    assert forced != first
+    assert emu.counters.sign_ins == 1
+    assert emu.counters.refreshes == 1

@@ -15,14 +15,18 @@ from ._exceptions import InvalidCredentialsError as InvalidCredentialsError
 from ._exceptions import RateLimitedError as RateLimitedError
 from ._manager import AsyncTokenManager as AsyncTokenManager
 from ._manager import ManagerStats as ManagerStats
+from ._stores import FileStore as FileStore
 from ._stores import MemoryStore as MemoryStore
+from ._stores import RedisStore as RedisStore
 from ._stores import TokenStore as TokenStore
+from ._sync import TokenManager as TokenManager
 from ._token import TokenState as TokenState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncTokenManager",
+    "FileStore",
     "IndigoAPIError",
     "IndigoAuthError",
     "IndigoProtocolError",
@@ -31,6 +35,8 @@ __all__ = [
     "ManagerStats",
     "MemoryStore",
     "RateLimitedError",
+    "RedisStore",
+    "TokenManager",
     "TokenState",
     "TokenStore",
     "Workspace",

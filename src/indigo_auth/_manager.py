@@ -34,6 +34,7 @@ from ._exceptions import (
     IndigoUnavailableError,
     InvalidCredentialsError,
 )
+from ._httpx2 import AuthBase
 from ._retry import RetryPolicy, retry_call
 from ._runtime import LoopLocal, current_loop, spawn_detached
 from ._stores import MemoryStore, TokenStore, store_key
@@ -47,6 +48,8 @@ logger = logging.getLogger("indigo_auth")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 _SECRET = "'**********'"  # noqa: S105 - the mask shown instead of a secret
 _NEVER = float("inf")
+#: ``force_refresh`` without a token in memory: replace the one in the store.
+_WHATEVER_IS_STORED = "\x00whatever is stored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,7 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, port)
 
 
-class AsyncTokenManager(httpx.Auth):
+class AsyncTokenManager(AuthBase):
     """Keeps a valid Indigo API token at hand for asyncio and Trio code.
 
     However many tasks call :meth:`get_token` at once, one request goes out. Inside
@@ -337,7 +340,9 @@ class AsyncTokenManager(httpx.Auth):
         failure = self._failure
         if failure is not None and now < failure[1]:
             raise _fresh(failure[0])
-        stale = token.value if (force_refresh and token is not None) else None
+        stale: str | None = None
+        if force_refresh:
+            stale = token.value if token is not None else _WHATEVER_IS_STORED
         flight = self._start_flight(stale=stale)
         self._counters.waiters += 1
         await flight.done.wait()
@@ -453,6 +458,8 @@ class AsyncTokenManager(httpx.Auth):
         key = self._key
         async with self._store.lock(key):
             state = await self._store.load(key)
+            if stale is _WHATEVER_IS_STORED and state is not None:
+                stale = state.token
             adopted = self._adoptable(state, stale)
             if adopted is not None:
                 self._counters.adopted += 1
