@@ -621,7 +621,7 @@ def test_arguments_are_checked() -> None:
 
 async def test_aclose_closes_the_owned_client() -> None:
     manager = AsyncTokenManager(EMAIL, PASSWORD, base_url=BASE)
-    client = manager._http()
+    client = await manager._http()
     await manager.aclose()
     assert client.is_closed
 

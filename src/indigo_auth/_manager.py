@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -465,7 +466,7 @@ class AsyncTokenManager(AuthBase):
                 self._counters.adopted += 1
                 logger.debug("took a fresh token from the store")
                 return adopted
-            client = self._http()
+            client = await self._http()
             signed: SignedIn | None = None
             workspace_id: str | None = None
             current = self._token
@@ -551,16 +552,22 @@ class AsyncTokenManager(AuthBase):
     def _make_client(self) -> httpx.AsyncClient:
         # No keep-alive: renewals are minutes apart, and an idle connection would stay
         # bound to the event loop that opened it.
+        assert _ssl_context is not None
         return httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout),
             follow_redirects=False,
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=_ssl_context,
         )
 
-    def _http(self) -> httpx.AsyncClient:
+    async def _http(self) -> httpx.AsyncClient:
         if self._user_client is not None:
             return self._user_client
-        return self._clients.get()
+        client = self._clients.peek()
+        if client is None:
+            await _load_ssl_context()
+            client = self._clients.get()
+        return client
 
     def owns(self, url: httpx.URL) -> bool:
         """Whether ``url`` is on an Indigo host that gets the bearer."""
@@ -594,7 +601,7 @@ class AsyncTokenManager(AuthBase):
     async def _with_bearer(
         self, fn: Callable[[httpx.AsyncClient, str], Awaitable[T]], what: str
     ) -> T:
-        client = self._http()
+        client = await self._http()
         for attempt in (1, 2):
             bearer = await self.get_token()
             try:
@@ -710,6 +717,27 @@ class AsyncTokenManager(AuthBase):
         self._clients.clear()
         if client is not None:
             await client.aclose()
+
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _create_ssl_context() -> ssl.SSLContext:
+    import certifi
+
+    cafile = os.environ.get("SSL_CERT_FILE") or certifi.where()
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+async def _load_ssl_context() -> None:
+    """Load the CA certificates once per process, in a worker thread: it takes tens
+    of milliseconds that the event loop should not spend."""
+    global _ssl_context
+    if _ssl_context is None:
+        context = await anyio.to_thread.run_sync(_create_ssl_context)
+        if _ssl_context is None:
+            _ssl_context = context
 
 
 def env_settings(overrides: dict[str, Any]) -> dict[str, Any]:
