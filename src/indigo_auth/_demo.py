@@ -42,8 +42,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault-rate",
         type=float,
-        default=0.2,
-        help="share of token requests that fail transiently (0.2)",
+        default=0.3,
+        help="share of token requests that fail transiently (0.3)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for faults and pacing")
     parser.add_argument(
@@ -113,7 +113,7 @@ async def run_demo_async(
     tasks: int = 1000,
     duration: float = 30.0,
     token_lifetime: float = 10.0,
-    fault_rate: float = 0.2,
+    fault_rate: float = 0.3,
     seed: int | None = None,
     progress: TextIO | None = None,
 ) -> DemoReport:
@@ -132,7 +132,7 @@ async def run_demo_async(
         seed=rng.randrange(2**32),
     )
     report = DemoReport(tasks=tasks, duration=duration, token_lifetime=token_lifetime)
-    margin = token_lifetime / 2
+    margin = token_lifetime / 4
     with _EmulatorProcess(settings) as server:
         base_url = server.base_url
         manager = AsyncTokenManager(
