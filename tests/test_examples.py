@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 EMAIL = "bot@example.com"
 PASSWORD = "correct horse battery staple"
-SHOWN = ("requests_script.py", "httpx_scraper.py", "selenium_bot.py", "redis_fleet.py")
+SHOWN = (
+    "asyncio_service.py",
+    "trio_task.py",
+    "requests_script.py",
+    "httpx_scraper.py",
+    "selenium_bot.py",
+    "redis_fleet.py",
+)
 
 
 @pytest.fixture
@@ -82,6 +89,22 @@ def test_requests_script(emu: IndigoEmulator, env: dict[str, str]) -> None:
     names = [line.split(" ", 1)[1] for line in done.stdout.splitlines()]
     assert names == ["Default folder", "Shops"]
     assert emu.counters.sign_ins == 1
+
+
+def test_asyncio_service(emu: IndigoEmulator, env: dict[str, str]) -> None:
+    done = python("asyncio_service.py", env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "100 workers, 200 folders, 1 sign-in\n"
+    assert emu.counters.sign_ins == 1
+    assert emu.counters.requests["folders"] == 100
+
+
+def test_trio_task(emu: IndigoEmulator, env: dict[str, str]) -> None:
+    done = python("trio_task.py", env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "100 of 100 requests answered, 1 sign-in\n"
+    assert emu.counters.sign_ins == 1
+    assert emu.counters.requests["folders"] == 100
 
 
 def test_httpx_scraper(emu: IndigoEmulator, env: dict[str, str]) -> None:
