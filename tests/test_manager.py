@@ -657,3 +657,33 @@ async def test_force_refresh_on_a_new_manager_replaces_the_stored_token(
     assert forced != first
     assert emu.counters.sign_ins == 1
     assert emu.counters.refreshes == 1
+
+
+async def test_aclose_cancels_a_renewal_backing_off(
+    emu: IndigoEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="indigo_auth")
+    emu.inject("signin", Fault.status(503))
+    outcome: list[BaseException] = []
+    async with emu.serve() as url:
+        manager = AsyncTokenManager(
+            EMAIL, PASSWORD, base_url=url, max_retry_delay=0.5, max_attempts=10
+        )
+
+        async def waiter() -> None:
+            try:
+                await manager.get_token()
+            except IndigoUnavailableError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            with anyio.fail_after(5):
+                while emu.counters.requests.get("signin", 0) < 1:
+                    await anyio.sleep(0.01)
+            await manager.aclose()
+        assert len(outcome) == 1
+        assert "closed" in str(outcome[0])
+        await anyio.sleep(0.6)
+    assert emu.counters.requests["signin"] <= 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

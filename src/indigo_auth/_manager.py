@@ -110,13 +110,14 @@ class _Counters:
 class _Flight:
     """One renewal in progress, shared by every caller that needs its result."""
 
-    __slots__ = ("done", "error", "loop", "token")
+    __slots__ = ("done", "error", "loop", "scope", "token")
 
     def __init__(self, loop: object) -> None:
         self.loop = loop
         self.done = anyio.Event()
         self.token: Token | None = None
         self.error: IndigoAuthError | None = None
+        self.scope: anyio.CancelScope | None = None
 
 
 def _fresh(error: IndigoAuthError) -> IndigoAuthError:
@@ -384,6 +385,11 @@ class AsyncTokenManager(AuthBase):
 
     async def _run_flight(self, flight: _Flight, stale: str | None) -> None:
         self._counters.renewals += 1
+        with anyio.CancelScope() as scope:
+            flight.scope = scope
+            await self._run_flight_in_scope(flight, stale)
+
+    async def _run_flight_in_scope(self, flight: _Flight, stale: str | None) -> None:
         cancelled = anyio.get_cancelled_exc_class()
         try:
             with anyio.fail_after(self._deadline):
@@ -672,6 +678,7 @@ class AsyncTokenManager(AuthBase):
     async def __aenter__(self) -> AsyncTokenManager:
         if self._task_group is not None:
             raise RuntimeError("this manager is already entered")
+        await self._http()  # ready before the first caller needs it
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -712,7 +719,13 @@ class AsyncTokenManager(AuthBase):
             await flight.done.wait()
 
     async def aclose(self) -> None:
-        """Close the HTTP client the manager opened for this event loop."""
+        """Cancel a renewal in flight and close the HTTP client the manager opened for
+        this event loop. Callers waiting on the renewal get :class:`IndigoUnavailableError`."""
+        flight = self._flight
+        if flight is not None and flight.scope is not None and flight.loop is current_loop():
+            flight.scope.cancel()
+            with anyio.move_on_after(5.0, shield=True):
+                await flight.done.wait()
         client = self._clients.peek()
         self._clients.clear()
         if client is not None:

@@ -7,6 +7,7 @@ keeps per loop is keyed by the loop's identity and rebuilt when that changes.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -21,15 +22,19 @@ _background: set[Any] = set()
 
 
 def current_loop() -> object:
-    """The running event loop (asyncio) or run (Trio), as an identity to compare."""
-    library = sniffio.current_async_library()
-    if library == "trio":
+    """The running event loop (asyncio) or run (Trio), as an identity to compare.
+
+    Called by every caller that waits on a renewal, so the asyncio case is one C call.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    if sniffio.current_async_library() == "trio":
         import trio
 
         return trio.lowlevel.current_trio_token()
-    import asyncio
-
-    return asyncio.get_running_loop()
+    raise RuntimeError("no asyncio event loop or Trio run in this thread")
 
 
 def spawn_detached(fn: Callable[[], Awaitable[None]], name: str) -> None:
