@@ -237,7 +237,10 @@ class AsyncTokenManager(AuthBase):
         self._api = IndigoAPI(self._base_url)
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
 
-        self._token: Token | None = None
+        self._current: Token | None = None
+        # The hot path reads these two plain attributes and nothing else.
+        self._fresh_until = -_NEVER
+        self._fresh_value = ""
         self._flight: _Flight | None = None
         self._refused: str | None = None
         self._failure: tuple[IndigoAuthError, float] | None = None
@@ -310,7 +313,23 @@ class AsyncTokenManager(AuthBase):
 
     # -- the token ----------------------------------------------------------------------
 
-    async def get_token(self, *, force_refresh: bool = False) -> str:
+    @property
+    def _token(self) -> Token | None:
+        return self._current
+
+    @_token.setter
+    def _token(self, token: Token | None) -> None:
+        self._current = token
+        if token is None:
+            self._fresh_until = -_NEVER
+            self._fresh_value = ""
+        else:
+            self._fresh_until = token.refresh_at
+            self._fresh_value = token.value
+
+    # ``force_refresh`` is not keyword-only: a keyword-only default costs every call of
+    # the hot path some 70 ns, a fifth of its time.
+    async def get_token(self, force_refresh: bool = False) -> str:
         """A valid token: the cached one, or a renewed one.
 
         Concurrent callers share one renewal. ``force_refresh=True`` renews even if
@@ -323,9 +342,8 @@ class AsyncTokenManager(AuthBase):
             IndigoProtocolError: the API answered with something unexpected.
             IndigoAPIError: any other error the API reported.
         """
-        token = self._token
-        if token is not None and not force_refresh and self._clock() < token.refresh_at:
-            return token.value
+        if self._clock() < self._fresh_until and not force_refresh:
+            return self._fresh_value
         return await self._get_token_slow(force_refresh)
 
     async def _get_token_slow(self, force_refresh: bool) -> str:
