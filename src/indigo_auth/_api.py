@@ -158,8 +158,15 @@ class IndigoAPI:
             headers["Authorization"] = f"Bearer {bearer}"
         url = f"{self.base_url}{path}"
         try:
+            # Never follow a redirect, even with a client that does: it would carry the
+            # body (the password's digest, the refresh token) to wherever it points.
             async with client.stream(
-                method, url, headers=headers, json=json_body, params=params
+                method,
+                url,
+                headers=headers,
+                json=json_body,
+                params=params,
+                follow_redirects=False,
             ) as response:
                 raw = await _read_bounded(response)
         except httpx.TimeoutException as exc:
@@ -263,14 +270,9 @@ async def _read_bounded(response: httpx.Response) -> bytes:
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise _TooLarge
+            raise IndigoProtocolError(f"the answer is larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class _TooLarge(IndigoProtocolError):
-    def __init__(self) -> None:
-        super().__init__(f"the answer is larger than {MAX_BODY_BYTES} bytes")
 
 
 def _parse(

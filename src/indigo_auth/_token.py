@@ -8,6 +8,7 @@ storm of renewals.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ _MAX_MARGIN_SHARE = 0.5
 #: The hard floor: this close to expiry no token is handed out.
 _FLOOR_SHARE = 0.1
 _FLOOR_CAP = 30.0
+#: How far in the future a stored token may say it arrived: machines sharing a store
+#: disagree a little about the time. Further is a wall clock that jumped back.
+_CLOCK_TOLERANCE = 30.0
 #: Jitter on the renewal point, as a share of the margin, so a fleet does not renew in lockstep.
 _JITTER_SHARE = 0.1
 
@@ -78,7 +82,13 @@ def parse_jwt_lifetime(token: str, *, wall_now: float | None = None) -> Claims:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: not a bool, NaN, an infinity, or an int too large for a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +123,12 @@ class TokenState:
 
     def remaining(self, wall_now: float | None = None) -> float:
         now = time.time() if wall_now is None else wall_now
-        elapsed = max(0.0, now - self.received_at)
-        return self.lifetime - elapsed
+        elapsed = now - self.received_at
+        if elapsed < -_CLOCK_TOLERANCE:
+            # Received in the future: the wall clock jumped back since, so the age is
+            # unknown. Taken for spent, not for new: a renewal, never a dead token.
+            return 0.0
+        return self.lifetime - max(0.0, elapsed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
