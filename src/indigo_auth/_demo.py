@@ -158,7 +158,7 @@ async def run_demo_async(
         async def bot(index: int) -> None:
             client = clients[index % len(clients)]
             pace = random.Random(rng.randrange(2**32))  # noqa: S311 - pacing
-            await anyio.sleep(pace.uniform(0, 6.0))
+            await anyio.sleep(min(pace.uniform(0, 6.0), duration))
             while time.monotonic() < deadline:
                 before = time.perf_counter()
                 await manager.get_token()
@@ -175,20 +175,25 @@ async def run_demo_async(
                         report.unauthorized += 1
                     elif response.status_code >= 400:
                         report.errors += 1
-                await anyio.sleep(pace.uniform(4.0, 8.0))
+                await anyio.sleep(
+                    min(pace.uniform(4.0, 8.0), max(0.0, deadline - time.monotonic()))
+                )
 
         async def show_progress() -> None:
+            if progress is None:
+                return
+            # A terminal gets one line rewritten every second; a log, a line every 5 s.
+            live = progress.isatty()
             while True:
-                await anyio.sleep(1.0)
-                if progress is None:
-                    continue
+                await anyio.sleep(1.0 if live else 5.0)
                 stats = manager.stats
                 elapsed = time.monotonic() - started
-                progress.write(
-                    f"\r  {elapsed:5.1f}s  bot requests {report.bot_requests:>7,}  "
+                line = (
+                    f"  {elapsed:5.1f}s  bot requests {report.bot_requests:>7,}  "
                     f"401s {report.unauthorized}  sign-ins {stats.sign_ins}  "
                     f"refreshes {stats.refreshes}  retries {stats.retries}   "
                 )
+                progress.write("\r" + line if live else line + "\n")
                 progress.flush()
 
         try:
