@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
 import pytest
 
+from indigo_auth.testing import IndigoEmulator
+
 pytest_plugins = ["tests._support.redis_server"]
+
+#: The account most tests sign in with.
+EMAIL = "bot@example.com"
+PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(
@@ -31,3 +40,23 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def emu() -> IndigoEmulator:
+    """The emulator with the default account, no rate limit."""
+    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
+
+
+@pytest.fixture
+def api(emu: IndigoEmulator) -> Iterator[str]:
+    """``emu`` served on a loopback port; its base URL."""
+    with emu.serve_in_thread() as url:
+        yield url
+
+
+@pytest.fixture
+async def client(emu: IndigoEmulator) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that reaches ``emu`` in process."""
+    async with httpx.AsyncClient(transport=emu.transport()) as http:
+        yield http

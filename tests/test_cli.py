@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,8 +20,8 @@ from indigo_auth import _cli
 from indigo_auth._api import md5_hex
 from indigo_auth.testing import Fault, IndigoEmulator
 
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
+from .conftest import EMAIL, PASSWORD
+
 WRONG = "hunter2 is not it"
 COMMAND = [sys.executable, "-m", "indigo_auth._cli"]
 
@@ -32,12 +31,6 @@ def emu() -> IndigoEmulator:
     emulator = IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
     emulator.add_account("manual@example.com", PASSWORD, automation=False)
     return emulator
-
-
-@pytest.fixture
-def api(emu: IndigoEmulator) -> Iterator[str]:
-    with emu.serve_in_thread() as url:
-        yield url
 
 
 @pytest.fixture

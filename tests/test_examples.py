@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,10 @@ import pytest
 from indigo_auth.testing import IndigoEmulator
 
 from ._support.launcher import WEBDRIVER_PORT, FakeLauncher
+from .conftest import EMAIL, PASSWORD
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
 SHOWN = (
     "asyncio_service.py",
     "trio_task.py",
@@ -30,17 +28,6 @@ SHOWN = (
     "selenium_bot.py",
     "redis_fleet.py",
 )
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-def api(emu: IndigoEmulator) -> Iterator[str]:
-    with emu.serve_in_thread() as url:
-        yield url
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -11,21 +9,9 @@ from indigo_auth import AsyncTokenManager, TokenManager
 from indigo_auth._httpx2 import httpx2_available
 from indigo_auth.testing import IndigoEmulator
 
+from .conftest import EMAIL, PASSWORD
+
 httpx2 = pytest.importorskip("httpx2")
-
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-def api(emu: IndigoEmulator) -> Iterator[str]:
-    with emu.serve_in_thread() as url:
-        yield url
 
 
 def test_the_managers_are_an_auth_of_both() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -22,24 +21,11 @@ from indigo_auth import (
 from indigo_auth._api import md5_hex
 from indigo_auth.testing import Fault, IndigoEmulator
 
-from .conftest import FakeClock
+from .conftest import EMAIL, PASSWORD, FakeClock
 
 pytestmark = pytest.mark.anyio
 
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
 BASE = "http://127.0.0.1:9"
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-async def client(emu: IndigoEmulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=emu.transport()) as http:
-        yield http
 
 
 def make(client: httpx.AsyncClient, **kwargs: object) -> AsyncTokenManager:

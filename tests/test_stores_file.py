@@ -6,7 +6,6 @@ import json
 import logging
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -18,10 +17,10 @@ from indigo_auth._api import md5_hex
 from indigo_auth._stores import default_cache_dir
 from indigo_auth.testing import Fault, IndigoEmulator
 
+from .conftest import EMAIL, PASSWORD
+
 pytestmark = pytest.mark.anyio
 
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
 BASE = "http://127.0.0.1:9"
 
 
@@ -29,17 +28,6 @@ def state(token: str = "tok-1", refresh: str | None = "ref-1", **kwargs: object)
     settings: dict[str, object] = {"lifetime": 1800.0, "received_at": time.time()}
     settings.update(kwargs)
     return TokenState(token, refresh, workspace_id="ws-1", **settings)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-async def client(emu: IndigoEmulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=emu.transport()) as http:
-        yield http
 
 
 def manager(client: httpx.AsyncClient, store: TokenStore) -> AsyncTokenManager:

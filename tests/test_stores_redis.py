@@ -26,10 +26,10 @@ from indigo_auth import (
 from indigo_auth._api import md5_hex
 from indigo_auth.testing import Fault, IndigoEmulator
 
+from .conftest import EMAIL, PASSWORD
+
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
 BASE = "http://127.0.0.1:9"
 
 
@@ -52,17 +52,6 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
     store = RedisStore(redis_url, redis_prefix)
     yield store
     await store.aclose()
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-async def client(emu: IndigoEmulator) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=emu.transport()) as http:
-        yield http
 
 
 def closed_port() -> int:

@@ -33,21 +33,9 @@ from indigo_auth._api import md5_hex
 from indigo_auth.testing import Fault, IndigoEmulator
 
 from ._support.launcher import FakeLauncher
+from .conftest import EMAIL, PASSWORD
 
-EMAIL = "bot@example.com"
-PASSWORD = "correct horse battery staple"
 THREADS = 64
-
-
-@pytest.fixture
-def emu() -> IndigoEmulator:
-    return IndigoEmulator({EMAIL: PASSWORD}, rate_limit=None)
-
-
-@pytest.fixture
-def api(emu: IndigoEmulator) -> Iterator[str]:
-    with emu.serve_in_thread() as url:
-        yield url
 
 
 @pytest.fixture
