@@ -17,6 +17,7 @@ from indigo_auth._api import md5_hex
 from indigo_auth._stores import default_cache_dir
 from indigo_auth.testing import Fault, IndigoEmulator
 
+from ._support.store_contract import assert_lock_excludes
 from .conftest import EMAIL, PASSWORD
 
 pytestmark = pytest.mark.anyio
@@ -130,33 +131,7 @@ async def test_no_secret_in_repr_or_log(tmp_path: Path, caplog: pytest.LogCaptur
 
 async def test_lock_excludes_tasks_and_instances_of_one_process(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
-    first, second = FileStore(path), FileStore(path)
-    order: list[str] = []
-    held = anyio.Event()
-    release = anyio.Event()
-
-    async def holder() -> None:
-        async with first.lock("k"):
-            order.append("first in")
-            held.set()
-            await release.wait()
-            order.append("first out")
-
-    async def waiter(store: FileStore, name: str) -> None:
-        await held.wait()
-        async with store.lock("k"):
-            order.append(f"{name} in")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        tg.start_soon(waiter, second, "other instance")
-        tg.start_soon(waiter, first, "same instance")
-        await held.wait()
-        await anyio.sleep(0.3)
-        assert order == ["first in"]
-        release.set()
-    assert order[:2] == ["first in", "first out"]
-    assert sorted(order[2:]) == ["other instance in", "same instance in"]
+    await assert_lock_excludes(FileStore(path), FileStore(path))
 
 
 async def test_locks_of_two_keys_are_independent(tmp_path: Path) -> None:

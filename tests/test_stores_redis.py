@@ -26,6 +26,7 @@ from indigo_auth import (
 from indigo_auth._api import md5_hex
 from indigo_auth.testing import Fault, IndigoEmulator
 
+from ._support.store_contract import assert_lock_excludes
 from .conftest import EMAIL, PASSWORD
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -117,33 +118,11 @@ async def test_a_key_of_another_type_is_ignored(
 
 async def test_lock_excludes_other_clients_and_tasks(redis_url: str, redis_prefix: str) -> None:
     first, second = RedisStore(redis_url, redis_prefix), RedisStore(redis_url, redis_prefix)
-    order: list[str] = []
-    held, release = anyio.Event(), anyio.Event()
-
-    async def holder() -> None:
-        async with first.lock("k"):
-            order.append("first in")
-            held.set()
-            await release.wait()
-            order.append("first out")
-
-    async def waiter(store: RedisStore, name: str) -> None:
-        await held.wait()
-        async with store.lock("k"):
-            order.append(f"{name} in")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(holder)
-        tg.start_soon(waiter, second, "other client")
-        tg.start_soon(waiter, first, "same client")
-        await held.wait()
-        await anyio.sleep(0.3)
-        assert order == ["first in"]
-        release.set()
-    assert order[:2] == ["first in", "first out"]
-    assert sorted(order[2:]) == ["other client in", "same client in"]
-    await first.aclose()
-    await second.aclose()
+    try:
+        await assert_lock_excludes(first, second)
+    finally:
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_the_lock_of_a_dead_holder_frees_itself_after_its_ttl(

@@ -315,9 +315,10 @@ class TokenManager(AuthBase):
             IndigoAPIError: any other error the API reported.
         """
         engine = self._engine
-        token = engine._token
-        if token is not None and not force_refresh and engine._clock() < token.refresh_at:
-            return token.value
+        if not force_refresh:
+            cached = engine._cached_token()
+            if cached is not None:
+                return cached
         return self._call(
             functools.partial(engine.get_token, force_refresh=force_refresh), "get_token"
         )

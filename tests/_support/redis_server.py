@@ -64,19 +64,6 @@ def _arguments(port: int, directory: Path) -> list[str]:
     return [part for name, value in options.items() for part in (f"--{name}", value)]
 
 
-def _arguments(port: int, directory: Path) -> list[str]:
-    options = {
-        "port": str(port),
-        "bind": "127.0.0.1",
-        "protected-mode": "yes",
-        "save": "",
-        "appendonly": "no",
-        "dir": str(directory),
-        "loglevel": "warning",
-    }
-    return [part for name, value in options.items() for part in (f"--{name}", value)]
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start ``redis-server`` on 127.0.0.1 and a free port; yields its URL; stops it."""
