@@ -193,7 +193,8 @@ async def test_background_refresh_keeps_callers_from_waiting(emu: IndigoEmulator
         assert manager.stats.waiters == 1  # the cold start; renewals ran in the background
     assert len(seen) >= 3
     assert emu.counters.sign_ins == 1
-    assert emu.counters.refreshes == len(seen) - 1
+    # Every token seen took one refresh; one more may land between the last call and the exit.
+    assert emu.counters.refreshes in (len(seen) - 1, len(seen))
 
 
 # -- 4. timing for any lifetime -------------------------------------------------------
